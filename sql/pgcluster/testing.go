@@ -26,7 +26,7 @@ func RunTests(m *testing.M, c **Cluster) int {
 	}
 	*c = cl
 	code := m.Run()
-	if code != 0 && os.Getenv("GROUPHOOK_TEST_PGLOG") != "" {
+	if code != 0 && os.Getenv("PGCLUSTER_LOG") != "" {
 		fmt.Fprintln(os.Stderr, cl.ServerLog())
 	}
 	if err := cl.Stop(); err != nil {
