@@ -38,6 +38,7 @@ type Config struct {
 	EndpointRefresh time.Duration `env:"GROUPHOOK_ENDPOINT_REFRESH, default=1s"`
 	LogLevel        string        `env:"GROUPHOOK_LOG_LEVEL, default=info"`
 	LogFormat       string        `env:"GROUPHOOK_LOG_FORMAT, default=json"`
+	Pprof           bool          `env:"GROUPHOOK_PPROF, default=false"`
 }
 
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)

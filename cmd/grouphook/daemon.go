@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -95,7 +96,7 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 			return fmt.Errorf("listen on GROUPHOOK_HTTP_ADDR %s: %w (choose a free address)", cfg.HTTPAddr, err)
 		}
 	}
-	srv := &http.Server{Handler: handler(reg, stream), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler(reg, stream, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	// The stream owns the shutdown sequence: it stops on ctx, waits for
 	// deliveries, confirms, and returns; only then do the workers stop.
@@ -176,8 +177,13 @@ func (s sink) Submit(c cdc.Change, done func()) {
 	}, done)
 }
 
-func handler(reg *prometheus.Registry, stream *cdc.Stream) http.Handler {
+func handler(reg *prometheus.Registry, stream *cdc.Stream, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
