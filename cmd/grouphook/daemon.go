@@ -99,44 +99,51 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 	srv := &http.Server{Handler: handler(reg, stream, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 
 	// The stream owns the shutdown sequence: it stops on ctx, waits for
-	// deliveries, confirms, and returns; only then do the workers stop.
+	// deliveries, confirms, and returns; only then do the workers stop. A
+	// failing worker pool or HTTP server stops the stream too.
+	streamCtx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	var (
+		wg      sync.WaitGroup
+		failMu  sync.Mutex
+		failErr error
+	)
+	fail := func(err error) {
+		failMu.Lock()
+		if failErr == nil {
+			failErr = err
+		}
+		failMu.Unlock()
+		stopStream()
+	}
 	wg.Add(2)
-	go func() { defer wg.Done(); errs <- dispatcher.Run(workCtx) }()
+	go func() {
+		defer wg.Done()
+		if err := dispatcher.Run(workCtx); err != nil && workCtx.Err() == nil {
+			fail(fmt.Errorf("delivery workers: %w", err))
+		}
+	}()
 	go func() { defer wg.Done(); registry.Run(workCtx, cfg.EndpointRefresh) }()
 	if ln != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				errs <- fmt.Errorf("http server: %w", err)
+				fail(fmt.Errorf("http server: %w", err))
 			}
 		}()
 		logger.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
-		if onStart != nil {
-			onStart(ln.Addr().String())
+	}
+	if onStart != nil {
+		addr := ""
+		if ln != nil {
+			addr = ln.Addr().String()
 		}
-	} else if onStart != nil {
-		onStart("")
+		onStart(addr)
 	}
 
-	streamCtx, stopStream := context.WithCancel(ctx)
-	defer stopStream()
-	go func() {
-		// A failing worker pool or HTTP server ends the stream too.
-		select {
-		case err := <-errs:
-			if err != nil {
-				logger.Error("stopping", "error", err)
-				errs <- err
-			}
-			stopStream()
-		case <-streamCtx.Done():
-		}
-	}()
 	logger.Info("grouphook started", "version", version, "table", cfg.Table, "slot", cfg.Slot, "publication", cfg.Publication)
 	streamErr := stream.Run(streamCtx, sink{dispatcher})
 
@@ -145,14 +152,11 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
 	wg.Wait()
-	close(errs)
 	if streamErr != nil {
 		return streamErr
 	}
-	for err := range errs {
-		if err != nil {
-			return err
-		}
+	if failErr != nil {
+		return failErr
 	}
 	logger.Info("grouphook stopped", "confirmed_lsn", stream.Confirmed().String())
 	return nil
