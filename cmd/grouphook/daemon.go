@@ -83,11 +83,11 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 	dispatcher := deliver.NewDispatcher(deliver.DispatcherConfig{
 		Workers:       cfg.Workers,
 		Timeout:       cfg.DeliveryTimeout,
-		RetryMin:      cfg.RetryMin,
+		RetryBase:     cfg.RetryMin,
 		RetryMax:      cfg.RetryMax,
 		TenantRouting: cfg.TenantColumn != "",
 		UserAgent:     "grouphook/" + version,
-	}, registry, logger, m)
+	}, registry, deliver.NewHTTPClient(deliver.HTTPOptions{MaxIdleConnsPerHost: cfg.Workers}), logger, m)
 
 	var ln net.Listener
 	if cfg.HTTPAddr != "" {

@@ -149,7 +149,7 @@ func startDemoReceiver(secret string, out io.Writer) (*demoReceiver, error) {
 			return
 		}
 		hashOK := deliver.VerifyHashedKey(secret, body, r.Header.Get("x-hashed-key"))
-		swErr := deliver.VerifyWebhook(secret, r.Header, body, 5*time.Minute, time.Now())
+		swErr := deliver.VerifyWebhook(secret, r.Header, body, time.Now(), 5*time.Minute)
 		var pretty bytes.Buffer
 		if json.Indent(&pretty, body, "  ", "  ") != nil {
 			pretty.Write(body)
