@@ -104,7 +104,6 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		"max_replication_slots = 40",
 		"max_connections = 200",
 		"fsync = off",
-		"synchronous_commit = off",
 		"full_page_writes = off",
 		"wal_sender_timeout = 60s",
 	}
