@@ -12,6 +12,7 @@ const (
 	OutcomeSuccess = "success" // 2xx
 	OutcomeFailure = "failure" // non-2xx, timeout, connection error
 	OutcomeDropped = "dropped" // endpoint removed or disabled while the delivery waited
+	OutcomeParked  = "parked"  // handed to the durable queue after failing too long (issue 4)
 )
 
 // Metrics holds every collector grouphook exports. Build it with New; a nil

@@ -40,6 +40,10 @@ type Cluster struct {
 	port  int
 	runAs string // "" when the process is not root
 	logf  string
+
+	// lazy is set for a package's shared test cluster (RunTests): it
+	// starts on first use, so unit tests and fuzz workers never start one.
+	lazy *lazyStart
 }
 
 // BinDir finds the directory holding initdb and pg_ctl: $PG_BIN if set, else
@@ -167,16 +171,20 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte,
 }
 
 // Port is the TCP port the server listens on.
-func (c *Cluster) Port() int { return c.port }
+func (c *Cluster) Port() int { c.mustStart(); return c.port }
 
 // URL is a connection string for database db as the superuser postgres.
 func (c *Cluster) URL(db string) string {
+	c.mustStart()
 	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)), Path: "/" + db, RawQuery: "sslmode=disable"}
 	return u.String()
 }
 
 // CreateDatabase creates a new empty database and returns its URL.
 func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := c.start(); err != nil {
+		return "", err
+	}
 	conn, err := pgx.Connect(ctx, c.URL("postgres"))
 	if err != nil {
 		return "", fmt.Errorf("connect to throwaway cluster: %w", err)
@@ -190,6 +198,9 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, erro
 
 // ServerLog returns what the server logged so far, for test failure output.
 func (c *Cluster) ServerLog() string {
+	if c.lazy != nil && !c.lazy.started() {
+		return ""
+	}
 	b, _ := os.ReadFile(c.logf)
 	return string(b)
 }
@@ -197,7 +208,13 @@ func (c *Cluster) ServerLog() string {
 // Stop shuts the server down immediately and removes its files. It is safe
 // to call more than once.
 func (c *Cluster) Stop() error {
-	if c == nil || c.dir == "" {
+	if c == nil {
+		return nil
+	}
+	if c.lazy != nil && !c.lazy.started() {
+		return nil
+	}
+	if c.dir == "" {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
