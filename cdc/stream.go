@@ -49,6 +49,13 @@ type Config struct {
 	// Logger defaults to discarding; Metrics to a private registry.
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
+	// OnStreaming, when set, runs each time this process has taken the
+	// slot, before the first change of that replication session is read.
+	// Another process may have held the slot meanwhile and delivered, or
+	// durably queued, changes; a sink whose routing depends on what that
+	// process did (the durable queue's held lanes) catches up here. An
+	// error ends the session, which is retried like a lost connection.
+	OnStreaming func(ctx context.Context) error
 }
 
 const (
@@ -399,6 +406,11 @@ func (r *runner) abandonOpen() {
 func (r *runner) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	r.sentConfirmed, r.lastStatus = 0, time.Time{}
 	r.inTxn, r.skipping = false, false
+	if hook := r.s.cfg.OnStreaming; hook != nil {
+		if err := hook(ctx); err != nil {
+			return fmt.Errorf("prepare to stream: %w", err)
+		}
+	}
 	// Answer at once, asking for a reply: the keepalive tells us the
 	// server's WAL end.
 	if err := r.sendStatus(conn, true); err != nil {
@@ -406,23 +418,42 @@ func (r *runner) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	var reads readContext
 	defer reads.stop()
+	// live is the context of reads and submits. On shutdown in the middle
+	// of a transaction it becomes one bounded by the shutdown deadline, so
+	// the stream reads on to the COMMIT: only a sealed transaction can be
+	// confirmed, and stopping short would send it all again after a restart.
+	live := ctx
+	finish, stopFinish := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFinish()
+	finishing := false
 	for {
 		if ctx.Err() != nil {
-			return r.drain(conn)
+			if !r.inTxn || finish.Err() != nil {
+				return r.drain(conn)
+			}
+			if !finishing {
+				finishing = true
+				r.s.log.Info("stopping: reading to the end of the current transaction", "commit_lsn", r.lastCommit.String())
+				live = finish
+				deadline := time.AfterFunc(time.Until(r.deadline()), stopFinish)
+				defer deadline.Stop()
+				reads.stop()
+				reads = readContext{}
+			}
 		}
 		if err := r.maybeStatus(conn); err != nil {
 			return err
 		}
-		rctx := reads.get(ctx, r.nextStatus)
+		rctx := reads.get(live, r.nextStatus)
 		raw, err := conn.ReceiveMessage(rctx)
 		if err != nil {
-			if pgconn.Timeout(err) || (ctx.Err() != nil && !conn.IsClosed()) {
+			if pgconn.Timeout(err) || (live.Err() != nil && !conn.IsClosed()) {
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
-		if err := r.handle(ctx, conn, raw); err != nil {
-			if ctx.Err() != nil && !conn.IsClosed() {
+		if err := r.handle(live, conn, raw); err != nil {
+			if live.Err() != nil && !conn.IsClosed() {
 				return r.drain(conn)
 			}
 			return err
