@@ -17,6 +17,10 @@
 //     end LSN of the newest transaction such that it and every earlier one
 //     are done; when nothing is pending, the server's WAL end.
 //   - The decoder: relation cache and tuple decoding (decoder.go, values.go).
+//   - Slot health (health.go): WatchSlot checks the slot periodically on
+//     every replica (missing, wal_status, max_slot_wal_keep_size) and
+//     reports each new state once; Heartbeat writes a pg_logical_emit_message
+//     while this replica streams, so an idle slot keeps confirming.
 //
 // # What it must never do
 //

@@ -735,6 +735,21 @@ func TestStreamSlotLost(t *testing.T) {
 	if err := s2.Preflight(ctx); !errors.Is(err, ErrSlotLost) {
 		t.Errorf("Preflight on a lost slot = %v, want ErrSlotLost", err)
 	}
+
+	// The periodic slot check reports it as metrics (cdc/health.go).
+	h, err := s2.CheckSlot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.WALStatus != "lost" || !errors.Is(h.Problem, ErrSlotLost) || h.MaxSlotWALKeepSize != 1<<20 {
+		t.Errorf("CheckSlot = %+v, want wal_status lost, ErrSlotLost and max_slot_wal_keep_size 1MB", h)
+	}
+	if v := testutil.ToFloat64(env.m.SlotWALStatus.WithLabelValues("lost")); v != 1 {
+		t.Errorf("grouphook_replication_slot_wal_status{wal_status=\"lost\"} = %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(env.m.MaxSlotWALKeepSizeBytes); v != 1<<20 {
+		t.Errorf("grouphook_replication_max_slot_wal_keep_size_bytes = %v, want 1MiB", v)
+	}
 }
 
 // TestStreamQuotedPublication streams through a publication whose name

@@ -44,6 +44,26 @@ type HTTPOptions struct {
 	// TLSClientConfig, when set, is used for https receivers (for example
 	// with extra root CAs). Certificates are always verified.
 	TLSClientConfig *tls.Config
+	// RequireHTTPS refuses every attempt to a plain http:// URL
+	// (GROUPHOOK_REQUIRE_HTTPS); such an attempt fails with ErrPlainHTTP.
+	RequireHTTPS bool
+}
+
+// ErrPlainHTTP is why an attempt to an http:// URL failed when
+// HTTPOptions.RequireHTTPS is set.
+var ErrPlainHTTP = errors.New("the endpoint URL is plain http and GROUPHOOK_REQUIRE_HTTPS is set: register an https:// URL")
+
+// httpsOnly refuses requests that are not https before any connection.
+type httpsOnly struct{ *http.Transport }
+
+func (t httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "https" {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, ErrPlainHTTP
+	}
+	return t.Transport.RoundTrip(req)
 }
 
 // NewHTTPClient returns the client deliveries are sent with: redirects
@@ -74,6 +94,10 @@ func NewHTTPClient(o HTTPOptions) *http.Client {
 	}
 	if o.TLSClientConfig != nil {
 		tr.TLSClientConfig = o.TLSClientConfig.Clone()
+		tr.TLSClientConfig.InsecureSkipVerify = false
+	}
+	if o.RequireHTTPS {
+		return &http.Client{Transport: httpsOnly{tr}, CheckRedirect: noRedirects}
 	}
 	return &http.Client{Transport: tr, CheckRedirect: noRedirects}
 }

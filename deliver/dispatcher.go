@@ -87,8 +87,9 @@ func (c *DispatcherConfig) setDefaults() {
 
 // Parker is the seam for the durable queue (issue 4). A Dispatcher with a
 // Parker hands it a lane's whole backlog, in order, once the lane's head
-// has failed for ParkAfter; a parked delivery is finished as far as the
-// caller's done function is concerned. Later deliveries of a parked lane
+// has failed for ParkAfter, or at once when it got a non-retryable answer
+// (410 Gone); a parked delivery is finished as far as the caller's done
+// function is concerned. Later deliveries of a parked lane
 // go to the Parker too, so per-group order holds across the queue.
 type Parker interface {
 	// Park stores ds durably, in order, or returns an error (the lane is
@@ -98,6 +99,14 @@ type Parker interface {
 	// (endpoint, group), so a new delivery must queue behind them. It is
 	// called with the dispatcher's lock held and must not block.
 	Holds(endpointID int64, groupKey string) bool
+}
+
+// SuccessObserver is an optional interface of a Parker: the dispatcher
+// reports every successful attempt, so that an endpoint which recovers on
+// the in-memory path is not taken for one that keeps failing. It is called
+// without the dispatcher's lock and must not block.
+type SuccessObserver interface {
+	Succeeded(endpointID int64)
 }
 
 // Parked is one delivery handed to a Parker.
@@ -247,6 +256,24 @@ func (d *Dispatcher) Submit(ev Event, done func()) {
 	}
 }
 
+// RecheckParked asks the Parker again, for every lane that is not parked,
+// whether it holds queued deliveries of that lane; those lanes park their
+// backlog at their next step. Call it after the Parker learnt of lanes that
+// another process queued (when this process takes over the replication
+// slot), so that no in-memory lane overtakes them.
+func (d *Dispatcher) RecheckParked() {
+	if d.cfg.Parker == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.lanes {
+		if !l.parked && d.cfg.Parker.Holds(l.key.endpoint, l.key.group) {
+			l.parked = true
+		}
+	}
+}
+
 // pushReady queues l for a worker. d.mu is held.
 func (d *Dispatcher) pushReady(l *lane) {
 	l.state = laneReady
@@ -370,6 +397,9 @@ func (d *Dispatcher) step(ctx context.Context, l *lane, dl *delivery, parked boo
 		if dl.attempts > 0 {
 			d.logger.Info("delivery succeeded after retries", "endpoint", ep.ID, "event_id", ev.ID, "attempts", dl.attempts+1)
 		}
+		if o, ok := d.cfg.Parker.(SuccessObserver); ok {
+			o.Succeeded(ep.ID)
+		}
 		d.complete(l, 1)
 		return
 	}
@@ -381,7 +411,9 @@ func (d *Dispatcher) step(ctx context.Context, l *lane, dl *delivery, parked boo
 	if dl.firstFailure.IsZero() {
 		dl.firstFailure = now
 	}
-	if d.cfg.Parker != nil && now.Sub(dl.firstFailure) >= d.cfg.ParkAfter {
+	// 410 Gone is parked at once: the Parker disables the endpoint and
+	// keeps the lane's deliveries as dead.
+	if d.cfg.Parker != nil && (now.Sub(dl.firstFailure) >= d.cfg.ParkAfter || !IsRetryable(err)) {
 		d.park(ctx, l)
 		return
 	}

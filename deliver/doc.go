@@ -33,6 +33,35 @@
 // are built once per event and variant (full or thin) and signed afresh on
 // every attempt with the same webhook-id.
 //
+// # Durable queue
+//
+// Queue (queue.go) is the Dispatcher's Parker: a lane whose head has failed
+// for ParkAfter, or got 410 Gone, moves with its backlog into
+// grouphook.deliveries in one transaction, and the events are done. Its
+// Run loop (queue_worker.go) is the queue workers every replica runs: they
+// claim due lane heads with FOR UPDATE SKIP LOCKED and a lease, attempt
+// them through the dispatcher's client and signing outside any
+// transaction, and record the outcome in a short one (delete when
+// delivered, next delay of the schedule, dead, or endpoint disabled on
+// 410). Maintenance (queue_maint.go) deletes expired dead rows, disables
+// endpoints failing for DisableAfter and refreshes the gauges. The
+// operator functions (queue_admin.go) list, show and replay. Queue's doc
+// comment gives the ordering and crash arguments.
+//
+// # Endpoint management and safety
+//
+// endpoint_store.go holds the operations behind "grouphook endpoints" and
+// the admin API (add, list, show, update, enable, disable, remove,
+// rotate-secret): each validates its whole input (ValidateURL and friends)
+// before writing, and only add and rotate-secret return a secret. A
+// rotation keeps the previous secret until previous_secret_expires_at; the
+// registry loads it while valid, and the endpoint's Signer signs
+// webhook-signature with both (x-hashed-key with the current one), on the
+// in-memory path and from the queue alike. ssrf.go's DialGuard is the
+// net.Dialer Control hook that refuses private, loopback, link-local and
+// similar destinations after DNS resolution; HTTPOptions.RequireHTTPS
+// refuses plain http.
+//
 // # Never
 //
 // This package never writes to the database on the happy path, never logs

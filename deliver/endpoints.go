@@ -92,9 +92,13 @@ type Endpoint struct {
 	URL string
 	// Secret is the endpoint's secret_key. Never log it: Endpoint's
 	// LogValue leaves it out.
-	Secret      string
-	Events      EventSet
-	IncludeData bool
+	Secret string
+	// PreviousSecret is the secret replaced by the last rotation while its
+	// overlap (previous_secret_expires_at) lasts, else "". Receivers may
+	// still verify webhook-signature with it; x-hashed-key never uses it.
+	PreviousSecret string
+	Events         EventSet
+	IncludeData    bool
 
 	signer *Signer
 }
@@ -104,6 +108,15 @@ type Endpoint struct {
 func (e *Endpoint) Signer() *Signer {
 	if e.signer != nil {
 		return e.signer
+	}
+	return e.newSigner()
+}
+
+// newSigner signs with the current secret and, during a rotation's
+// overlap, the previous one too.
+func (e *Endpoint) newSigner() *Signer {
+	if e.PreviousSecret != "" && e.PreviousSecret != e.Secret {
+		return NewSigner(e.Secret, e.PreviousSecret)
 	}
 	return NewSigner(e.Secret)
 }
@@ -129,7 +142,7 @@ func (e *Endpoint) String() string {
 
 func (e *Endpoint) same(o *Endpoint) bool {
 	return e.ID == o.ID && e.ClientID == o.ClientID && e.HasClient == o.HasClient && e.URL == o.URL &&
-		e.Secret == o.Secret && e.Events == o.Events && e.IncludeData == o.IncludeData
+		e.Secret == o.Secret && e.PreviousSecret == o.PreviousSecret && e.Events == o.Events && e.IncludeData == o.IncludeData
 }
 
 // MaxURLLength is the longest endpoint URL accepted.
@@ -186,7 +199,7 @@ func NewSnapshot(endpoints []Endpoint) *Snapshot {
 	eps := make([]*Endpoint, len(endpoints))
 	for i := range endpoints {
 		e := endpoints[i]
-		e.signer = NewSigner(e.Secret)
+		e.signer = e.newSigner()
 		eps[i] = &e
 	}
 	return newSnapshot(eps, true)
@@ -260,7 +273,11 @@ type Registry struct {
 // EndpointsTable is the table the registry reads.
 const EndpointsTable = "grouphook.endpoints"
 
-const loadQuery = `SELECT id, client_id, url, secret_key, events, include_data
+// The previous secret is read only while its rotation overlap lasts, so it
+// drops out of the signature within one reload of its expiry.
+const loadQuery = `SELECT id, client_id, url, secret_key,
+	CASE WHEN previous_secret_expires_at > now() THEN previous_secret_key END,
+	events, include_data
 FROM grouphook.endpoints WHERE enabled ORDER BY id`
 
 // DefaultReloadInterval is how often Run re-reads the endpoints.
@@ -351,15 +368,18 @@ func (r *Registry) reload(ctx context.Context) error {
 	)
 	for rows.Next() {
 		var (
-			e      Endpoint
-			client *string
-			events []string
+			e                Endpoint
+			client, previous *string
+			events           []string
 		)
-		if err := rows.Scan(&e.ID, &client, &e.URL, &e.Secret, &events, &e.IncludeData); err != nil {
+		if err := rows.Scan(&e.ID, &client, &e.URL, &e.Secret, &previous, &events, &e.IncludeData); err != nil {
 			return fmt.Errorf("read %s: %w", EndpointsTable, err)
 		}
 		if client != nil {
 			e.ClientID, e.HasClient = *client, true
+		}
+		if previous != nil {
+			e.PreviousSecret = *previous
 		}
 		problem, fix := ValidateURL(e.URL), "SET url = '<absolute http(s) url>'"
 		if problem == nil {
@@ -380,7 +400,7 @@ func (r *Registry) reload(ctx context.Context) error {
 			eps = append(eps, old) // keep the signer and pointer identity
 			continue
 		}
-		e.signer = NewSigner(e.Secret)
+		e.signer = e.newSigner()
 		eps = append(eps, &e)
 	}
 	if err := rows.Err(); err != nil {
@@ -401,6 +421,9 @@ func (r *Registry) loadError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000") {
 		return fmt.Errorf("table %s does not exist: run grouphook migrate: %w", EndpointsTable, err)
+	}
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined column: an older schema
+		return fmt.Errorf("table %s lacks a column this version reads: run grouphook migrate: %w", EndpointsTable, err)
 	}
 	return fmt.Errorf("read %s: %w", EndpointsTable, err)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/grouphook/grouphook/deliver"
 	"github.com/grouphook/grouphook/sql"
 )
 
@@ -39,6 +40,26 @@ type Config struct {
 	LogLevel        string        `env:"GROUPHOOK_LOG_LEVEL, default=info"`
 	LogFormat       string        `env:"GROUPHOOK_LOG_FORMAT, default=json"`
 	Pprof           bool          `env:"GROUPHOOK_PPROF, default=false"`
+
+	// Idle-database safety (cdc/health.go).
+	HeartbeatInterval time.Duration `env:"GROUPHOOK_HEARTBEAT_INTERVAL, default=1m"`
+	SlotCheckInterval time.Duration `env:"GROUPHOOK_SLOT_CHECK_INTERVAL, default=30s"`
+
+	// The durable queue (deliver.Queue).
+	ParkAfter         time.Duration `env:"GROUPHOOK_PARK_AFTER, default=10s"`
+	RetrySchedule     string        `env:"GROUPHOOK_RETRY_SCHEDULE, default=5s,5m,30m,2h,5h,10h,10h"`
+	DeadRetention     time.Duration `env:"GROUPHOOK_DEAD_RETENTION, default=336h"`
+	DisableAfter      time.Duration `env:"GROUPHOOK_DISABLE_AFTER, default=120h"`
+	QueueWorkers      int           `env:"GROUPHOOK_QUEUE_WORKERS, default=8"`
+	QueuePollInterval time.Duration `env:"GROUPHOOK_QUEUE_POLL_INTERVAL, default=1s"`
+
+	// Endpoint management and security (admin.go, security.go).
+	AdminToken               string        `env:"GROUPHOOK_ADMIN_TOKEN"`
+	RotationOverlap          time.Duration `env:"GROUPHOOK_ROTATION_OVERLAP, default=24h"`
+	AllowPrivateDestinations bool          `env:"GROUPHOOK_ALLOW_PRIVATE_DESTINATIONS, default=false"`
+	AllowedCIDRs             []string      `env:"GROUPHOOK_ALLOWED_CIDRS"`
+	RequireHTTPS             bool          `env:"GROUPHOOK_REQUIRE_HTTPS, default=false"`
+	CAFile                   string        `env:"GROUPHOOK_CA_FILE"`
 }
 
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -49,12 +70,41 @@ var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 func LoadConfig(ctx context.Context, l envconfig.Lookuper, environ []string) (Config, []string, error) {
 	var c Config
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l}); err != nil {
-		return c, nil, fmt.Errorf("read configuration: %w", err)
+		return c, nil, envError(err)
 	}
 	if err := c.validate(); err != nil {
 		return c, nil, err
 	}
 	return c, unknownVariables(environ), nil
+}
+
+// envError names the variable in an envconfig error, which starts with the
+// Go field's name ("DeliveryTimeout: time: invalid duration ..."), so the
+// operator knows which setting to fix.
+func envError(err error) error {
+	t := reflect.TypeOf(Config{})
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !strings.HasPrefix(err.Error(), f.Name+": ") {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		cause := errors.Unwrap(err)
+		if cause == nil {
+			cause = err
+		}
+		hint := "fix its value"
+		switch f.Type.Kind() {
+		case reflect.Int64:
+			if f.Type == reflect.TypeOf(time.Duration(0)) {
+				hint = "use a duration such as 10s or 500ms"
+			}
+		case reflect.Int:
+			hint = "use a whole number"
+		}
+		return fmt.Errorf("%s is not valid (%w): %s", strings.TrimSpace(name), cause, hint)
+	}
+	return fmt.Errorf("read configuration: %w", err)
 }
 
 func (c *Config) validate() error {
@@ -103,10 +153,20 @@ func (c *Config) validate() error {
 		{"GROUPHOOK_RETRY_MAX", c.RetryMax},
 		{"GROUPHOOK_STATUS_INTERVAL", c.StatusInterval},
 		{"GROUPHOOK_ENDPOINT_REFRESH", c.EndpointRefresh},
+		{"GROUPHOOK_PARK_AFTER", c.ParkAfter},
+		{"GROUPHOOK_DEAD_RETENTION", c.DeadRetention},
+		{"GROUPHOOK_DISABLE_AFTER", c.DisableAfter},
+		{"GROUPHOOK_QUEUE_POLL_INTERVAL", c.QueuePollInterval},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s must be a positive duration such as 10s, got %s", d.name, d.v)
 		}
+	}
+	if c.HeartbeatInterval < 0 {
+		return fmt.Errorf("GROUPHOOK_HEARTBEAT_INTERVAL must be a duration such as 1m, or 0 to disable the heartbeat, got %s", c.HeartbeatInterval)
+	}
+	if c.SlotCheckInterval <= 0 {
+		return fmt.Errorf("GROUPHOOK_SLOT_CHECK_INTERVAL must be a positive duration such as 30s, got %s", c.SlotCheckInterval)
 	}
 	if c.RetryMax < c.RetryMin {
 		return fmt.Errorf("GROUPHOOK_RETRY_MAX (%s) is shorter than GROUPHOOK_RETRY_MIN (%s): raise the maximum", c.RetryMax, c.RetryMin)
@@ -117,8 +177,17 @@ func (c *Config) validate() error {
 	if c.Workers < 1 {
 		return fmt.Errorf("GROUPHOOK_WORKERS must be at least 1, got %d", c.Workers)
 	}
+	if _, err := deliver.ParseSchedule(c.RetrySchedule); err != nil {
+		return fmt.Errorf("GROUPHOOK_RETRY_SCHEDULE %q is not valid (%v): use a comma list of positive durations such as %s", c.RetrySchedule, err, deliver.DefaultScheduleText)
+	}
+	if c.QueueWorkers < 1 {
+		return fmt.Errorf("GROUPHOOK_QUEUE_WORKERS must be at least 1, got %d", c.QueueWorkers)
+	}
 	if c.MaxInFlight < 1 {
 		return fmt.Errorf("GROUPHOOK_MAX_IN_FLIGHT must be at least 1, got %d", c.MaxInFlight)
+	}
+	if err := c.validateSecurity(); err != nil { // security.go
+		return err
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err

@@ -14,12 +14,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/grouphook/grouphook/cdc"
 	"github.com/grouphook/grouphook/deliver"
-	"github.com/grouphook/grouphook/metrics"
 	"github.com/grouphook/grouphook/sql"
 )
 
@@ -31,25 +29,32 @@ type started func(httpAddr string)
 // cancellation the stream stops reading, in-flight deliveries get
 // ShutdownTimeout to finish, and what was delivered is confirmed.
 func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart started) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collectors.NewBuildInfoCollector(),
-	)
-	m := metrics.New(reg)
+	reg, m := newMetricsRegistry()
 
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL is not a valid connection string: %w", err)
 	}
-	poolCfg.MaxConns = 4
+	// The stream, the registry and the queue's maintenance need a few
+	// connections; the queue workers each hold one only for a short
+	// transaction.
+	poolCfg.MaxConns = int32(4 + (cfg.QueueWorkers+1)/2)
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = "grouphook"
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("connect to DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
+
+	schedule, _ := deliver.ParseSchedule(cfg.RetrySchedule) // validated
+	queue := deliver.NewQueue(deliver.QueueConfig{
+		Schedule:      schedule,
+		Workers:       cfg.QueueWorkers,
+		PollInterval:  cfg.QueuePollInterval,
+		DeadRetention: cfg.DeadRetention,
+		DisableAfter:  cfg.DisableAfter,
+	}, pool, logger, m)
+	var dispatcher *deliver.Dispatcher
 
 	schema, table, _ := sql.SplitTable(cfg.Table)
 	stream, err := cdc.NewStream(cdc.Config{
@@ -68,26 +73,60 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger:          logger,
 		Metrics:         m,
+		// Another replica may have queued deliveries while it held the
+		// slot: learn its lanes before the first change of the session,
+		// so no event overtakes them (see deliver.Queue, Holds).
+		OnStreaming: func(ctx context.Context) error {
+			if err := queue.Resync(ctx); err != nil {
+				return err
+			}
+			dispatcher.RecheckParked()
+			return nil
+		},
 	}, pool)
 	if err != nil {
 		return err
 	}
+	// A stop request during start-up (slot creation waits for running
+	// transactions) is an ordinary shutdown, not a failure.
 	if err := stream.Preflight(ctx); err != nil {
+		if ctx.Err() != nil {
+			logger.Info("stopped during start-up")
+			return nil
+		}
 		return err
 	}
 
 	registry := deliver.NewRegistry(pool, logger, m)
 	if err := registry.Load(ctx); err != nil {
+		if ctx.Err() != nil {
+			logger.Info("stopped during start-up")
+			return nil
+		}
 		return err
 	}
-	dispatcher := deliver.NewDispatcher(deliver.DispatcherConfig{
+	if err := queue.Load(ctx); err != nil {
+		if ctx.Err() != nil {
+			logger.Info("stopped during start-up")
+			return nil
+		}
+		return err
+	}
+	// The SSRF guard, https only and extra CAs (security.go).
+	httpOpts, err := httpOptions(cfg, logger)
+	if err != nil {
+		return err
+	}
+	dispatcher = deliver.NewDispatcher(deliver.DispatcherConfig{
 		Workers:       cfg.Workers,
 		Timeout:       cfg.DeliveryTimeout,
 		RetryBase:     cfg.RetryMin,
 		RetryMax:      cfg.RetryMax,
 		TenantRouting: cfg.TenantColumn != "",
 		UserAgent:     "grouphook/" + version,
-	}, registry, deliver.NewHTTPClient(deliver.HTTPOptions{MaxIdleConnsPerHost: cfg.Workers}), logger, m)
+		Parker:        queue,
+		ParkAfter:     cfg.ParkAfter,
+	}, registry, deliver.NewHTTPClient(httpOpts), logger, m)
 
 	var ln net.Listener
 	if cfg.HTTPAddr != "" {
@@ -96,7 +135,7 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 			return fmt.Errorf("listen on GROUPHOOK_HTTP_ADDR %s: %w (choose a free address)", cfg.HTTPAddr, err)
 		}
 	}
-	srv := &http.Server{Handler: handler(reg, stream, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler(reg, stream, cfg.Pprof, newAdminAPI(cfg, pool, logger)), ReadHeaderTimeout: 5 * time.Second}
 
 	// The stream owns the shutdown sequence: it stops on ctx, waits for
 	// deliveries, confirms, and returns; only then do the workers stop. A
@@ -126,6 +165,20 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 		}
 	}()
 	go func() { defer wg.Done(); registry.Run(workCtx, cfg.EndpointRefresh) }()
+	// Slot checks and endpoint states on every replica; heartbeats only
+	// from the one that streams (cdc/health.go says why).
+	wg.Add(3)
+	go func() { defer wg.Done(); stream.WatchSlot(workCtx, cfg.SlotCheckInterval) }()
+	go func() { defer wg.Done(); stream.Heartbeat(workCtx, cfg.HeartbeatInterval) }()
+	go func() { defer wg.Done(); registry.RunStateMetrics(workCtx, cfg.EndpointRefresh) }()
+	// Every replica drains the queue, streaming or standing by.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := queue.Run(workCtx, dispatcher); err != nil && workCtx.Err() == nil {
+			fail(fmt.Errorf("queue workers: %w", err))
+		}
+	}()
 	if ln != nil {
 		wg.Add(1)
 		go func() {
@@ -181,8 +234,13 @@ func (s sink) Submit(c cdc.Change, done func()) {
 	}, done)
 }
 
-func handler(reg *prometheus.Registry, stream *cdc.Stream, withPprof bool) http.Handler {
+// handler serves the daemon's HTTP endpoints; admin, when not nil (see
+// admin.go), adds the admin API under /v1/.
+func handler(reg *prometheus.Registry, stream *cdc.Stream, withPprof bool, admin *adminAPI) http.Handler {
 	mux := http.NewServeMux()
+	if admin != nil {
+		admin.register(mux)
+	}
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -83,6 +83,8 @@ func demo(ctx context.Context, stdout, stderr io.Writer) error {
 		"GROUPHOOK_HTTP_ADDR":     "127.0.0.1:0",
 		"GROUPHOOK_LOG_LEVEL":     "warn",
 		"GROUPHOOK_LOG_FORMAT":    "text",
+		// The demo's receiver listens on 127.0.0.1.
+		"GROUPHOOK_ALLOW_PRIVATE_DESTINATIONS": "true",
 	}), nil)
 	if err != nil {
 		return err

@@ -674,7 +674,7 @@ func TestCheckpoint(t *testing.T) {
 	flaky := newReceiver(t, "flaky", flakySecret)
 	db.addEndpoint(t, endpoint{URL: good.URL(), Secret: goodSecret})
 	db.addEndpoint(t, endpoint{URL: flaky.URL(), Secret: flakySecret})
-	startDaemon(t, db, nil)
+	d := startDaemon(t, db, map[string]string{"GROUPHOOK_HEARTBEAT_INTERVAL": "500ms"})
 
 	// Only another table is written: nothing is pending, so the daemon
 	// confirms the server's WAL end and Postgres can recycle that WAL.
@@ -690,6 +690,27 @@ func TestCheckpoint(t *testing.T) {
 		db.waitConfirmed(t, target, 10*time.Second)
 		if n := len(good.snapshot()) + len(flaky.snapshot()); n != 0 {
 			t.Errorf("writes to another table produced %d callbacks", n)
+		}
+	})
+
+	// Nothing at all is written in this database, only in another one of
+	// the cluster (WAL is cluster-wide): the slot must not keep that WAL
+	// either. Keepalive confirmation does it; the heartbeat
+	// (GROUPHOOK_HEARTBEAT_INTERVAL) is the fallback, and must be seen.
+	t.Run("idle WAL while another database writes", func(t *testing.T) {
+		busy := newTestDB(t, `CREATE TABLE busy (id bigserial PRIMARY KEY, payload text)`)
+		start := db.confirmedFlush(t)
+		for range 20 {
+			busy.commit(t, `INSERT INTO busy (payload) SELECT md5(i::text) FROM generate_series(1, 50) i`)
+		}
+		target := busy.walInsertLSN(t)
+		if target <= start {
+			t.Fatalf("test bug: WAL did not move (%s <= %s)", target, start)
+		}
+		db.waitConfirmed(t, target, 10*time.Second)
+		waitSeries(t, d.HTTPAddr, "grouphook_replication_heartbeats_total", func(v float64) bool { return v >= 1 })
+		if n := len(good.snapshot()) + len(flaky.snapshot()); n != 0 {
+			t.Errorf("writes to another database produced %d callbacks", n)
 		}
 	})
 

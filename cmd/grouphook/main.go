@@ -23,6 +23,20 @@ const usage = `grouphook streams a Postgres table's changes to client webhooks.
 Usage:
   grouphook run       run the daemon (needs DATABASE_URL; see README.md)
   grouphook migrate   create or update schema grouphook, the publication and the replica identity
+  grouphook deliveries list [--endpoint ID] [--status pending|dead] [--limit N] [--json]
+                      the durable queue's deliveries (needs DATABASE_URL)
+  grouphook deliveries show [--json] ID
+                      one delivery, its event and its attempts
+  grouphook deliveries replay (--endpoint ID [--since TIME] | ID...)
+                      put dead deliveries back in the queue, with their original ids
+  grouphook endpoints add --url U [--client C] [--events CREATE,UPDATE,DELETE] [--no-data] [--secret S] [--disabled] [--json]
+                      register a client endpoint; prints its secret once (needs DATABASE_URL)
+  grouphook endpoints list [--client C] [--json]
+  grouphook endpoints show [--json] ID
+  grouphook endpoints update ID [--url U] [--client C | --no-client] [--events E] [--data | --no-data] [--json]
+  grouphook endpoints enable ID | disable ID | remove ID
+  grouphook endpoints rotate-secret ID [--secret S] [--overlap D] [--json]
+                      new secret; the old one keeps signing for GROUPHOOK_ROTATION_OVERLAP (24h)
   grouphook demo      start a throwaway PostgreSQL, a receiver and the daemon, and show a callback
   grouphook version   print the version
 `
@@ -52,7 +66,7 @@ func exitCode(err error) int {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return usageError{"no command given: use run, migrate, demo or version"}
+		return usageError{"no command given: use run, migrate, endpoints, deliveries, demo or version"}
 	}
 	switch args[0] {
 	case "version", "--version", "-v":
@@ -63,6 +77,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "demo":
 		return demo(ctx, stdout, stderr)
+	case "deliveries":
+		cfg, _, err := LoadConfig(ctx, envconfig.OsLookuper(), os.Environ())
+		if err != nil {
+			return err
+		}
+		return deliveries(ctx, cfg.DatabaseURL, args[1:], stdout)
+	case "endpoints":
+		cfg, _, err := LoadConfig(ctx, envconfig.OsLookuper(), os.Environ())
+		if err != nil {
+			return err
+		}
+		return endpointsCommand(ctx, cfg, args[1:], stdout)
 	case "run", "migrate":
 		cfg, unknown, err := LoadConfig(ctx, envconfig.OsLookuper(), os.Environ())
 		if err != nil {
@@ -78,7 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return daemon(ctx, cfg, logger, nil)
 	}
 	fmt.Fprint(stderr, usage)
-	return usageError{fmt.Sprintf("unknown command %q: use run, migrate, demo or version", args[0])}
+	return usageError{fmt.Sprintf("unknown command %q: use run, migrate, endpoints, deliveries, demo or version", args[0])}
 }
 
 func versionString() string {
