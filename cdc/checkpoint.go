@@ -9,7 +9,9 @@ import (
 
 // tracker decides which WAL position may be confirmed to the server: the end
 // LSN of the newest transaction such that it and every earlier transaction
-// are fully delivered. It also bounds the number of changes in flight.
+// are fully delivered. It also bounds the work in flight: every change
+// holds one unit, and the stream may make it hold more (its weight, the
+// deliveries it became), so the bound counts deliveries.
 //
 // Entries are kept in commit order. The stream opens an entry at BEGIN,
 // adds one outstanding change per submitted change and seals the entry at
@@ -23,7 +25,8 @@ type tracker struct {
 	mu        sync.Mutex
 	queue     []*entry // commit order; queue[0] is the oldest unsettled entry
 	confirmed pglogrepl.LSN
-	inFlight  int
+	inFlight  int // changes submitted and not done
+	units     int // units they hold; at most max, but see grow
 	max       int
 
 	// changed gets a token (without blocking) whenever a change is done
@@ -90,32 +93,80 @@ func (t *tracker) open(commit pglogrepl.LSN) *entry {
 	return e
 }
 
-// tryAdd takes a slot for one change of e and returns its done func, or
-// false when MaxInFlight changes are already in flight.
+// held is one change in flight: the units it holds until its done func.
+type held struct {
+	e       *entry
+	units   int  // guarded by tracker.mu
+	settled bool // guarded by tracker.mu
+	called  atomic.Bool
+}
+
+// tryAdd takes one unit for one change of e and returns its done func, or
+// false when MaxInFlight units are already in flight.
 func (t *tracker) tryAdd(e *entry) (done func(), ok bool) {
+	h, ok := t.tryHold(e)
+	if !ok {
+		return nil, false
+	}
+	return h.done(t), true
+}
+
+// tryHold is tryAdd, returning the change's hold for grow.
+func (t *tracker) tryHold(e *entry) (*held, bool) {
 	t.mu.Lock()
-	if t.inFlight >= t.max {
+	if t.units >= t.max {
 		t.mu.Unlock()
 		return nil, false
 	}
 	t.inFlight++
+	t.units++
 	e.outstanding++
 	t.mu.Unlock()
+	return &held{e: e, units: 1}, true
+}
 
-	var called atomic.Bool
+// done returns the change's done func, which releases every unit it holds.
+func (h *held) done(t *tracker) func() {
 	return func() {
-		if !called.CompareAndSwap(false, true) {
+		if !h.called.CompareAndSwap(false, true) {
 			t.doubleDone.Add(1)
 			return
 		}
-		t.settle(e)
-	}, true
+		t.settle(h)
+	}
 }
 
-func (t *tracker) settle(e *entry) {
+// tryGrow makes h hold n more units, when they fit under max, or when h is
+// the only change in flight (so a change heavier than max still goes, one
+// at a time). It reports true, holding nothing more, when h is done
+// already.
+func (t *tracker) tryGrow(h *held, n int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h.settled || n <= 0 {
+		return true
+	}
+	if t.units+n > t.max && t.units != h.units {
+		return false
+	}
+	t.units += n
+	h.units += n
+	return true
+}
+
+// Units is the number of units held by the changes in flight.
+func (t *tracker) Units() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.units
+}
+
+func (t *tracker) settle(h *held) {
 	t.mu.Lock()
 	t.inFlight--
-	e.outstanding--
+	t.units -= h.units
+	h.settled = true
+	h.e.outstanding--
 	t.advanceLocked()
 	t.mu.Unlock()
 	if t.onSettle != nil {

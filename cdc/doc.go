@@ -15,7 +15,9 @@
 //     process holds the slot.
 //   - The checkpoint tracker: the flush position sent to the server is the
 //     end LSN of the newest transaction such that it and every earlier one
-//     are done; when nothing is pending, the server's WAL end.
+//     are done; when nothing is pending, the server's WAL end. It also bounds
+//     the work in flight (MaxInFlight), counting each change by the weight
+//     its Sink.Submit returns (one per delivery, for grouphook).
 //   - The decoder: relation cache and tuple decoding (decoder.go, values.go).
 //   - Slot health (health.go): WatchSlot checks the slot periodically on
 //     every replica (missing, wal_status, max_slot_wal_keep_size) and

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,8 +24,11 @@ import (
 // Sink receives changes in commit order. Submit must not block for long;
 // done must be called exactly once per change, from any goroutine, when that
 // change is fully delivered (or durably parked). Later calls are ignored.
+// Submit returns the change's weight, the units of work it created (for
+// example one per webhook delivery), which MaxInFlight counts; a weight
+// below 1 counts as 1.
 type Sink interface {
-	Submit(c Change, done func())
+	Submit(c Change, done func()) (weight int)
 }
 
 // Config configures a Stream. Zero durations and counts take the defaults.
@@ -37,8 +42,9 @@ type Config struct {
 	Publication string
 	// Decoder names the table and its client-facing columns.
 	Decoder DecoderConfig
-	// MaxInFlight bounds the changes submitted and not yet done; when it is
-	// reached the stream stops reading (default 10000).
+	// MaxInFlight bounds the weight (see Sink) of the changes submitted
+	// and not yet done; when it is reached the stream stops reading
+	// (default 10000). A change heavier than MaxInFlight is taken alone.
 	MaxInFlight int
 	// StatusInterval is the longest time between two standby status
 	// updates (default 10s).
@@ -210,6 +216,7 @@ type runner struct {
 	sink Sink
 	t    *tracker
 	dec  *Decoder
+	rows rowParser // row messages, without pglogrepl's per-column copies
 
 	// Transaction state, kept across reconnects so that nothing submitted
 	// is submitted again.
@@ -416,19 +423,21 @@ func (r *runner) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	if err := r.sendStatus(conn, true); err != nil {
 		return err
 	}
-	var reads readContext
+	reads := readDeadline{nc: conn.Conn()}
 	defer reads.stop()
 	// live is the context of reads and submits. On shutdown in the middle
 	// of a transaction it becomes one bounded by the shutdown deadline, so
 	// the stream reads on to the COMMIT: only a sealed transaction can be
 	// confirmed, and stopping short would send it all again after a restart.
 	live := ctx
+	reads.watch(live)
 	finish, stopFinish := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFinish()
 	finishing := false
 	for {
 		if ctx.Err() != nil {
 			if !r.inTxn || finish.Err() != nil {
+				reads.stop()
 				return r.drain(conn)
 			}
 			if !finishing {
@@ -437,23 +446,26 @@ func (r *runner) stream(ctx context.Context, conn *pgconn.PgConn) error {
 				live = finish
 				deadline := time.AfterFunc(time.Until(r.deadline()), stopFinish)
 				defer deadline.Stop()
-				reads.stop()
-				reads = readContext{}
+				reads.watch(live)
 			}
 		}
 		if err := r.maybeStatus(conn); err != nil {
 			return err
 		}
-		rctx := reads.get(live, r.nextStatus)
-		raw, err := conn.ReceiveMessage(rctx)
+		reads.arm(r.nextStatus)
+		// No context: pgconn would watch one per message (an AfterFunc
+		// and a channel each). The read deadline bounds the read.
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) || (live.Err() != nil && !conn.IsClosed()) {
+				reads.expired()
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
 		if err := r.handle(live, conn, raw); err != nil {
 			if live.Err() != nil && !conn.IsClosed() {
+				reads.stop()
 				return r.drain(conn)
 			}
 			return err
@@ -461,34 +473,79 @@ func (r *runner) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 }
 
-// readContext is the context of reads: one is shared by the reads until its
-// deadline (the next poll or status time) passes, as a context per message
-// would cost a timer each.
-type readContext struct {
+// readDeadline bounds the reads of the replication connection with the
+// connection's read deadline, set once per poll interval (the next poll or
+// status time) rather than per message, and interrupts a waiting read as
+// soon as the watched context is done. pgconn does not close a connection
+// on a timeout, and a message cut by one is read on by the next read.
+type readDeadline struct {
+	nc       net.Conn
+	deadline time.Time // in effect on nc; zero when it must be set again
 	ctx      context.Context
-	cancel   context.CancelFunc
-	deadline time.Time
+	w        *deadlineWatch
 }
 
-func (rc *readContext) get(parent context.Context, nextStatus time.Time) context.Context {
+// deadlineWatch is one watched context; its interrupt does nothing once
+// stopped, so a late one cannot cut a read it was not meant for.
+type deadlineWatch struct {
+	mu      sync.Mutex
+	stopped bool
+	cancel  func() bool
+}
+
+// past is a read deadline that has passed: the pending read returns a
+// timeout at once.
+var past = time.Unix(1, 0)
+
+// watch makes the end of ctx interrupt reads, instead of the context
+// watched before.
+func (rd *readDeadline) watch(ctx context.Context) {
+	rd.stop()
+	w := &deadlineWatch{}
+	nc := rd.nc
+	w.cancel = context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.stopped {
+			_ = nc.SetReadDeadline(past)
+		}
+	})
+	rd.ctx, rd.w, rd.deadline = ctx, w, time.Time{}
+}
+
+// stop ends the watch: after it returns, the context's end no longer
+// touches the connection's deadline.
+func (rd *readDeadline) stop() {
+	if w := rd.w; w != nil {
+		w.cancel()
+		w.mu.Lock()
+		w.stopped = true
+		w.mu.Unlock()
+		rd.w = nil
+	}
+}
+
+// arm makes sure a read deadline is in effect: the next poll, or
+// nextStatus when that is sooner.
+func (rd *readDeadline) arm(nextStatus time.Time) {
 	now := time.Now()
-	if rc.ctx != nil && now.Before(rc.deadline) {
-		return rc.ctx
+	if !rd.deadline.IsZero() && now.Before(rd.deadline) {
+		return
 	}
-	rc.stop()
-	rc.deadline = now.Add(pollInterval)
-	if nextStatus.Before(rc.deadline) {
-		rc.deadline = nextStatus
+	rd.deadline = now.Add(pollInterval)
+	if nextStatus.Before(rd.deadline) {
+		rd.deadline = nextStatus
 	}
-	rc.ctx, rc.cancel = context.WithDeadline(parent, rc.deadline)
-	return rc.ctx
+	_ = rd.nc.SetReadDeadline(rd.deadline)
+	if rd.ctx != nil && rd.ctx.Err() != nil {
+		// The interrupt may have come before the line above.
+		_ = rd.nc.SetReadDeadline(past)
+	}
 }
 
-func (rc *readContext) stop() {
-	if rc.cancel != nil {
-		rc.cancel()
-	}
-}
+// expired records that a read timed out, at its deadline or interrupted:
+// the next arm sets a new deadline.
+func (rd *readDeadline) expired() { rd.deadline = time.Time{} }
 
 func (r *runner) handle(ctx context.Context, conn *pgconn.PgConn, raw pgproto3.BackendMessage) error {
 	switch msg := raw.(type) {
@@ -544,7 +601,10 @@ func (r *runner) handleLogical(ctx context.Context, conn *pgconn.PgConn, data []
 	if len(data) == 0 {
 		return nil
 	}
-	msg, err := pglogrepl.Parse(data)
+	msg, ok, err := r.rows.parse(data)
+	if !ok {
+		msg, err = pglogrepl.Parse(data)
+	}
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message %q: %w", data[0], err)
 	}
@@ -614,21 +674,30 @@ func (r *runner) change(ctx context.Context, conn *pgconn.PgConn, msg pglogrepl.
 		r.openHandled = r.pos
 		return nil
 	}
-	done, err := r.acquire(ctx, conn)
+	var h *held
+	err = r.waitRoom(ctx, conn, func() (ok bool) {
+		h, ok = r.t.tryHold(r.open)
+		return ok
+	})
 	if err != nil {
 		return err
 	}
 	r.s.m.EventsInFlight.Inc()
 	r.s.m.EventsTotal.WithLabelValues(c.Op.String()).Inc()
-	r.sink.Submit(c, done)
+	weight := r.sink.Submit(c, h.done(r.t))
 	r.openHandled = r.pos
+	if weight > 1 {
+		// The change is submitted; hold its weight before reading on, so
+		// that MaxInFlight bounds deliveries rather than changes.
+		return r.waitRoom(ctx, conn, func() bool { return r.t.tryGrow(h, weight-1) })
+	}
 	return nil
 }
 
-// acquire takes an in-flight slot for one change of the open transaction.
-// While MaxInFlight changes are in flight it does not read, but keeps
-// sending status updates.
-func (r *runner) acquire(ctx context.Context, conn *pgconn.PgConn) (func(), error) {
+// waitRoom waits until try succeeds, that is until the tracker has room
+// under MaxInFlight. Meanwhile it does not read, but keeps sending status
+// updates.
+func (r *runner) waitRoom(ctx context.Context, conn *pgconn.PgConn, try func() bool) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -636,11 +705,11 @@ func (r *runner) acquire(ctx context.Context, conn *pgconn.PgConn) (func(), erro
 		}
 	}()
 	for {
-		if done, ok := r.t.tryAdd(r.open); ok {
-			return done, nil
+		if try() {
+			return nil
 		}
 		if err := r.maybeStatus(conn); err != nil {
-			return nil, err
+			return err
 		}
 		wait := min(time.Until(r.nextStatus), pollInterval)
 		if timer == nil {
@@ -650,7 +719,7 @@ func (r *runner) acquire(ctx context.Context, conn *pgconn.PgConn) (func(), erro
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-r.t.changed:
 		case <-timer.C:
 		}

@@ -189,16 +189,17 @@ type recSink struct {
 	hold    func(Change) bool
 }
 
-func (k *recSink) Submit(c Change, done func()) {
+func (k *recSink) Submit(c Change, done func()) int {
 	k.mu.Lock()
 	k.changes = append(k.changes, c)
 	if k.hold != nil && k.hold(c) {
 		k.held = append(k.held, done)
 		k.mu.Unlock()
-		return
+		return 1
 	}
 	k.mu.Unlock()
 	done()
+	return 1
 }
 
 // release calls every held done func, from other goroutines, and makes

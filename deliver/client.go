@@ -170,16 +170,32 @@ var (
 
 // send makes one attempt: POST body to ep with fresh signature headers.
 // It returns nil on 2xx and an *AttemptError otherwise.
+//
+// The request goes straight to the client's RoundTripper: http.Client.Do
+// would clone the headers for redirects, which are never followed, and the
+// attempt's deadline comes from ctx. A 3xx is returned as it is, a failure.
 func (d *Dispatcher) send(ctx context.Context, ep *Endpoint, ev *Event, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	target, err := ep.target()
 	if err != nil {
 		return &AttemptError{Err: stripURL(err)}
 	}
-	h := req.Header
+	u := new(url.URL)
+	*u = *target
+	h := make(http.Header, 6)
 	h["Content-Type"] = contentTypeJSON
 	h["User-Agent"] = d.userAgent
 	ep.Signer().SetHeaders(h, ev.ID, d.now(), body)
-	resp, err := d.client.Do(req)
+	req := (&http.Request{
+		Method:     http.MethodPost,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       u.Host,
+	}).WithContext(ctx)
+	setBody(req, body)
+	resp, err := d.roundTrip(req)
 	if err != nil {
 		err = stripURL(err)
 		if ctx.Err() == context.DeadlineExceeded {
@@ -205,6 +221,40 @@ func (d *Dispatcher) send(ctx context.Context, ep *Endpoint, ev *Event, body []b
 		ae.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
 	return ae
+}
+
+// setBody gives req the body bytes as http.NewRequest does for a
+// *bytes.Reader: the Transport knows it is in memory (no separate header
+// flush) and can send it again on a fresh connection (GetBody).
+func setBody(req *http.Request, body []byte) {
+	if len(body) == 0 {
+		req.Body = http.NoBody
+		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+		return
+	}
+	req.ContentLength = int64(len(body))
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+}
+
+// roundTrip sends req on the dispatcher's RoundTripper, or through the
+// http.Client when that one has a Timeout or a cookie jar to apply.
+func (d *Dispatcher) roundTrip(req *http.Request) (*http.Response, error) {
+	if d.rt == nil {
+		return d.client.Do(req)
+	}
+	resp, err := d.rt.RoundTrip(req)
+	if err != nil {
+		// As http.Client does: an https URL answered by a plain HTTP server.
+		if tlsErr, ok := err.(tls.RecordHeaderError); ok && string(tlsErr.RecordHeader[:]) == "HTTP/" {
+			err = http.ErrSchemeMismatch
+		}
+		return nil, err
+	}
+	if resp.Body == nil {
+		resp.Body = http.NoBody
+	}
+	return resp, nil
 }
 
 // stripURL drops the *url.Error wrapper, whose message repeats the URL

@@ -7,10 +7,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grouphook/grouphook/metrics"
 )
@@ -127,10 +128,16 @@ type Dispatcher struct {
 	reg       *Registry
 	router    Router
 	client    *http.Client
+	rt        http.RoundTripper // client's, used directly; nil: use client.Do
 	logger    *slog.Logger
 	m         *metrics.Metrics
 	userAgent []string
 	now       func() time.Time // attempt timestamps; tests replace it
+
+	// deliveries caches DeliveriesTotal's children; attemptOK and
+	// attemptFailed are AttemptDuration's (nil without metrics).
+	deliveries               counterCache
+	attemptOK, attemptFailed prometheus.Observer
 
 	started atomic.Bool
 
@@ -210,6 +217,17 @@ func NewDispatcher(cfg DispatcherConfig, reg *Registry, client *http.Client, log
 		now:       time.Now,
 		lanes:     make(map[laneKey]*lane),
 	}
+	if m != nil {
+		d.attemptOK = m.AttemptDuration.WithLabelValues(metrics.OutcomeSuccess)
+		d.attemptFailed = m.AttemptDuration.WithLabelValues(metrics.OutcomeFailure)
+	}
+	if c.Timeout == 0 && c.Jar == nil {
+		// Nothing of http.Client applies: send on its RoundTripper.
+		d.rt = c.Transport
+		if d.rt == nil {
+			d.rt = http.DefaultTransport
+		}
+	}
 	d.cond.L = &d.mu
 	return d
 }
@@ -223,8 +241,9 @@ func (d *Dispatcher) Config() DispatcherConfig { return d.cfg }
 // when no endpoint matches, before Submit returns: when every delivery of
 // ev has finished, that is succeeded, been dropped because its endpoint was
 // disabled or deleted meanwhile, or been parked. Deliveries submitted after
-// Run has returned are never attempted.
-func (d *Dispatcher) Submit(ev Event, done func()) {
+// Run has returned are never attempted. Submit returns the number of
+// deliveries queued, which the caller may use to bound the memory they take.
+func (d *Dispatcher) Submit(ev Event, done func()) int {
 	var buf [16]*Endpoint
 	eps := d.router.Route(d.reg.Snapshot(), &ev, buf[:0])
 	if len(eps) == 0 {
@@ -234,7 +253,7 @@ func (d *Dispatcher) Submit(ev Event, done func()) {
 		if done != nil {
 			done()
 		}
-		return
+		return 0
 	}
 	es := &eventState{ev: ev, done: done}
 	es.remaining.Store(int32(len(eps)))
@@ -254,6 +273,7 @@ func (d *Dispatcher) Submit(ev Event, done func()) {
 			d.pushReady(l)
 		}
 	}
+	return len(eps)
 }
 
 // RecheckParked asks the Parker again, for every lane that is not parked,
@@ -367,14 +387,13 @@ func (d *Dispatcher) work(ctx context.Context) {
 // owns until it calls complete or retryLater.
 func (d *Dispatcher) step(ctx context.Context, l *lane, dl *delivery, parked bool) {
 	ev := &dl.ev.ev
-	id := strconv.FormatInt(l.key.endpoint, 10)
 	ep, ok := d.reg.Snapshot().Endpoint(l.key.endpoint)
 	if !ok || !d.router.Matches(ep, ev) {
 		reason := "the endpoint was disabled or deleted"
 		if ok {
 			reason = "the endpoint no longer subscribes to this event (its events or client_id changed)"
 		}
-		d.m.DeliveriesTotal.WithLabelValues(id, metrics.OutcomeDropped).Inc()
+		d.delivered(l.key.endpoint, metrics.OutcomeDropped).Inc()
 		d.logger.Warn("delivery dropped: "+reason, "endpoint", l.key.endpoint, "event_id", ev.ID, "attempts", dl.attempts)
 		d.complete(l, 1)
 		return
@@ -391,8 +410,8 @@ func (d *Dispatcher) step(ctx context.Context, l *lane, dl *delivery, parked boo
 	dur := time.Since(start)
 	cancel()
 	if err == nil {
-		d.m.DeliveriesTotal.WithLabelValues(id, metrics.OutcomeSuccess).Inc()
-		d.m.AttemptDuration.WithLabelValues(metrics.OutcomeSuccess).Observe(dur.Seconds())
+		d.delivered(ep.ID, metrics.OutcomeSuccess).Inc()
+		d.attemptOK.Observe(dur.Seconds())
 		d.m.DeliveryLatency.Observe(time.Since(ev.OccurredAt).Seconds())
 		if dl.attempts > 0 {
 			d.logger.Info("delivery succeeded after retries", "endpoint", ep.ID, "event_id", ev.ID, "attempts", dl.attempts+1)
@@ -403,8 +422,8 @@ func (d *Dispatcher) step(ctx context.Context, l *lane, dl *delivery, parked boo
 		d.complete(l, 1)
 		return
 	}
-	d.m.DeliveriesTotal.WithLabelValues(id, metrics.OutcomeFailure).Inc()
-	d.m.AttemptDuration.WithLabelValues(metrics.OutcomeFailure).Observe(dur.Seconds())
+	d.delivered(ep.ID, metrics.OutcomeFailure).Inc()
+	d.attemptFailed.Observe(dur.Seconds())
 	now := time.Now()
 	dl.attempts++
 	dl.lastErr = err
@@ -453,7 +472,7 @@ func (d *Dispatcher) park(ctx context.Context, l *lane) {
 		d.retryLater(l, d.backoff(1))
 		return
 	}
-	d.m.DeliveriesTotal.WithLabelValues(strconv.FormatInt(l.key.endpoint, 10), metrics.OutcomeParked).Add(float64(len(backlog)))
+	d.delivered(l.key.endpoint, metrics.OutcomeParked).Add(float64(len(backlog)))
 	d.mu.Lock()
 	l.parked = true
 	d.mu.Unlock()

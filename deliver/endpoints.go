@@ -101,6 +101,7 @@ type Endpoint struct {
 	IncludeData    bool
 
 	signer *Signer
+	url    *url.URL // URL parsed, Host without an empty port; shared, never modified
 }
 
 // Signer returns the endpoint's signer, built once when the endpoint was
@@ -110,6 +111,36 @@ func (e *Endpoint) Signer() *Signer {
 		return e.signer
 	}
 	return e.newSigner()
+}
+
+// target returns the parsed URL, parsed once when the endpoint was loaded
+// (or now, for an Endpoint made by hand). Callers must not modify it.
+func (e *Endpoint) target() (*url.URL, error) {
+	if e.url != nil {
+		return e.url, nil
+	}
+	return parseTarget(e.URL)
+}
+
+// parseTarget parses an endpoint URL as http.NewRequest does.
+func parseTarget(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	// An empty port ("host:") means the default one, as in net/http's
+	// removeEmptyPort.
+	if strings.LastIndex(u.Host, ":") > strings.LastIndex(u.Host, "]") {
+		u.Host = strings.TrimSuffix(u.Host, ":")
+	}
+	return u, nil
+}
+
+// prepare builds what every attempt needs once: the signer and the parsed
+// URL (left nil when it does not parse, so that the attempt reports it).
+func (e *Endpoint) prepare() {
+	e.signer = e.newSigner()
+	e.url, _ = parseTarget(e.URL)
 }
 
 // newSigner signs with the current secret and, during a rotation's
@@ -199,7 +230,7 @@ func NewSnapshot(endpoints []Endpoint) *Snapshot {
 	eps := make([]*Endpoint, len(endpoints))
 	for i := range endpoints {
 		e := endpoints[i]
-		e.signer = e.newSigner()
+		e.prepare()
 		eps[i] = &e
 	}
 	return newSnapshot(eps, true)
@@ -400,7 +431,7 @@ func (r *Registry) reload(ctx context.Context) error {
 			eps = append(eps, old) // keep the signer and pointer identity
 			continue
 		}
-		e.signer = e.newSigner()
+		e.prepare()
 		eps = append(eps, &e)
 	}
 	if err := rows.Err(); err != nil {

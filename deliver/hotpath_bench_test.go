@@ -69,6 +69,9 @@ func BenchmarkDispatch(b *testing.B) {
 		i++
 		wg.Add(1)
 		d.Submit(e, wg.Done)
+		if i%64 == 0 {
+			wg.Wait() // keep the backlog small, as MaxInFlight does
+		}
 	}
 	wg.Wait()
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -49,25 +50,71 @@ func SigningKey(secret string) []byte {
 // separated, as Standard Webhooks defines for key rotation. A Signer is
 // immutable and safe for concurrent use.
 type Signer struct {
-	hashedKey []byte   // current secret, UTF-8 bytes
-	keys      [][]byte // Standard Webhooks keys, current first
+	hashedKey *macPool   // current secret, UTF-8 bytes
+	keys      []*macPool // Standard Webhooks keys, current first
 }
 
 // NewSigner returns a Signer for the current secret and any older secrets
 // that receivers may still verify with during a rotation.
 func NewSigner(current string, older ...string) *Signer {
-	s := &Signer{hashedKey: []byte(current), keys: make([][]byte, 0, 1+len(older))}
-	s.keys = append(s.keys, SigningKey(current))
+	s := &Signer{hashedKey: newMACPool([]byte(current)), keys: make([]*macPool, 0, 1+len(older))}
+	s.keys = append(s.keys, newMACPool(SigningKey(current)))
 	for _, o := range older {
-		s.keys = append(s.keys, SigningKey(o))
+		s.keys = append(s.keys, newMACPool(SigningKey(o)))
 	}
 	return s
+}
+
+// macPool keeps keyed HMAC-SHA256 states of one key for reuse: hmac.New
+// (two digests, the padded key, the keyed state) costs more than hashing a
+// typical body, and every attempt of an endpoint signs with the same keys.
+type macPool struct {
+	key  []byte
+	pool sync.Pool // of *keyedMAC
+}
+
+// keyedMAC is an HMAC state, Reset to its keyed start, with scratch space
+// so that signing allocates nothing.
+type keyedMAC struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+	buf [96]byte // "<id>.<timestamp>." when it fits
+}
+
+func newMACPool(key []byte) *macPool {
+	p := &macPool{key: key}
+	p.pool.New = func() any { return &keyedMAC{h: hmac.New(sha256.New, p.key)} }
+	return p
+}
+
+// appendHashedKey appends the lowercase hex x-hashed-key of body to dst.
+func (p *macPool) appendHashedKey(dst, body []byte) []byte {
+	m := p.pool.Get().(*keyedMAC)
+	m.h.Write(body)
+	dst = hex.AppendEncode(dst, m.h.Sum(m.sum[:0]))
+	m.h.Reset()
+	p.pool.Put(m)
+	return dst
+}
+
+// appendSignature appends the base64 Standard Webhooks signature of
+// "<id>.<ts>.<body>" to dst.
+func (p *macPool) appendSignature(dst []byte, id string, ts, body []byte) []byte {
+	m := p.pool.Get().(*keyedMAC)
+	prefix := append(append(append(append(m.buf[:0], id...), '.'), ts...), '.')
+	m.h.Write(prefix)
+	m.h.Write(body)
+	dst = base64.StdEncoding.AppendEncode(dst, m.h.Sum(m.sum[:0]))
+	m.h.Reset()
+	p.pool.Put(m)
+	return dst
 }
 
 // HashedKey returns the x-hashed-key value for body: lowercase hex
 // HMAC-SHA256 keyed with the current secret's UTF-8 bytes.
 func (s *Signer) HashedKey(body []byte) string {
-	return hashedKey(s.hashedKey, body)
+	var buf [2 * sha256.Size]byte
+	return string(s.hashedKey.appendHashedKey(buf[:0], body))
 }
 
 // Signature returns the webhook-signature value for one attempt.
@@ -80,14 +127,12 @@ func (s *Signer) Signature(id string, timestamp int64, body []byte) string {
 func (s *Signer) AppendSignature(dst []byte, id string, timestamp int64, body []byte) []byte {
 	var ts [20]byte
 	tsb := strconv.AppendInt(ts[:0], timestamp, 10)
-	var sum [sha256.Size]byte
 	for i, key := range s.keys {
 		if i > 0 {
 			dst = append(dst, ' ')
 		}
 		dst = append(dst, "v1,"...)
-		mac := standardMAC(key, id, tsb, body, sum[:0])
-		dst = base64.StdEncoding.AppendEncode(dst, mac)
+		dst = key.appendSignature(dst, id, tsb, body)
 	}
 	return dst
 }
@@ -96,10 +141,20 @@ func (s *Signer) AppendSignature(dst []byte, id string, timestamp int64, body []
 // one attempt made at t.
 func (s *Signer) SetHeaders(h http.Header, id string, t time.Time, body []byte) {
 	ts := t.Unix()
-	h[HeaderHashedKey] = []string{s.HashedKey(body)}
-	h[HeaderWebhookID] = []string{id}
-	h[HeaderWebhookTimestamp] = []string{strconv.FormatInt(ts, 10)}
-	h[HeaderWebhookSignature] = []string{s.Signature(id, ts, body)}
+	// The three computed values share one string, and the four header
+	// values one array: two allocations per attempt.
+	var stack [256]byte
+	buf := s.hashedKey.appendHashedKey(stack[:0], body)
+	n1 := len(buf)
+	buf = strconv.AppendInt(buf, ts, 10)
+	n2 := len(buf)
+	buf = s.AppendSignature(buf, id, ts, body)
+	all := string(buf)
+	v := &[4]string{all[:n1], id, all[n1:n2], all[n2:]}
+	h[HeaderHashedKey] = v[0:1:1]
+	h[HeaderWebhookID] = v[1:2:2]
+	h[HeaderWebhookTimestamp] = v[2:3:3]
+	h[HeaderWebhookSignature] = v[3:4:4]
 }
 
 // HashedKey returns lowercase hex HMAC-SHA256(secret's UTF-8 bytes, body),

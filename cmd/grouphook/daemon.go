@@ -216,11 +216,12 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 }
 
 // sink hands decoded changes to the dispatcher: cdc speaks WAL, deliver
-// speaks HTTP, and this is the only place that knows both.
+// speaks HTTP, and this is the only place that knows both. A change weighs
+// its deliveries, so GROUPHOOK_MAX_IN_FLIGHT bounds deliveries in memory.
 type sink struct{ d *deliver.Dispatcher }
 
-func (s sink) Submit(c cdc.Change, done func()) {
-	s.d.Submit(deliver.Event{
+func (s sink) Submit(c cdc.Change, done func()) int {
+	return s.d.Submit(deliver.Event{
 		ID:         c.ID,
 		Type:       c.Op.String(),
 		Table:      c.Table,
