@@ -89,28 +89,15 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 	}
 	// A stop request during start-up (slot creation waits for running
 	// transactions) is an ordinary shutdown, not a failure.
-	if err := stream.Preflight(ctx); err != nil {
-		if ctx.Err() != nil {
-			logger.Info("stopped during start-up")
-			return nil
-		}
-		return err
-	}
-
 	registry := deliver.NewRegistry(pool, logger, m)
-	if err := registry.Load(ctx); err != nil {
-		if ctx.Err() != nil {
-			logger.Info("stopped during start-up")
-			return nil
+	for _, step := range []func(context.Context) error{stream.Preflight, registry.Load, queue.Load} {
+		if err := step(ctx); err != nil {
+			if ctx.Err() != nil {
+				logger.Info("stopped during start-up")
+				return nil
+			}
+			return err
 		}
-		return err
-	}
-	if err := queue.Load(ctx); err != nil {
-		if ctx.Err() != nil {
-			logger.Info("stopped during start-up")
-			return nil
-		}
-		return err
 	}
 	// The SSRF guard, https only and extra CAs (security.go).
 	httpOpts, err := httpOptions(cfg, logger)

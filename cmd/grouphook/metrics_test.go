@@ -178,6 +178,9 @@ func TestMetricsExportedAndMove(t *testing.T) {
 		"GROUPHOOK_SLOT_CHECK_INTERVAL": "200ms",
 	})
 	addr := d.HTTPAddr
+	// The walsender holds the slot a moment before the stream marks itself
+	// streaming.
+	waitSeries(t, addr, "grouphook_replication_streaming", func(v float64) bool { return v == 1 })
 
 	text := scrape(t, addr)
 	lintExposition(t, text)
