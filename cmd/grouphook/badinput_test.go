@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/url"
 	"strings"
 	"syscall"
@@ -67,6 +68,24 @@ func TestBadInput(t *testing.T) {
 		t.Parallel()
 		code, stderr := runOnce(t, map[string]string{"GROUPHOOK_HTTP_ADDR": "127.0.0.1:0"})
 		assertOneLineError(t, code, stderr, []string{"DATABASE_URL"}, []string{"not set", "missing", "required"})
+	})
+
+	t.Run("database unreachable", func(t *testing.T) {
+		t.Parallel()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := l.Addr().String()
+		l.Close()
+		code, stderr := runOnce(t, map[string]string{
+			"DATABASE_URL":        "postgres://grouphook:hunter2secret@" + closed + "/app?sslmode=disable",
+			"GROUPHOOK_HTTP_ADDR": "127.0.0.1:0",
+		})
+		assertOneLineError(t, code, stderr, []string{"cannot reach the database"}, []string{"check that PostgreSQL is running"})
+		if strings.Contains(stderr, "hunter2secret") {
+			t.Errorf("the password leaked into stderr:\n%s", stderr)
+		}
 	})
 
 	t.Run("wal_level not logical", func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,15 @@ func daemon(ctx context.Context, cfg Config, logger *slog.Logger, onStart starte
 		return fmt.Errorf("connect to DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// pgconn lists every address it tried on its own line; keep it to
+		// one line that says what to do.
+		msg := strings.Join(strings.Fields(err.Error()), " ")
+		return fmt.Errorf("cannot reach the database in DATABASE_URL (%s): check that PostgreSQL is running and DATABASE_URL names the right host, port, user and database", msg)
+	}
 
 	schedule, _ := deliver.ParseSchedule(cfg.RetrySchedule) // validated
 	queue := deliver.NewQueue(deliver.QueueConfig{

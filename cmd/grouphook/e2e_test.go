@@ -62,16 +62,21 @@ func TestHappyPathWithPsql(t *testing.T) {
 	db.addEndpoint(t, endpoint{ClientID: "acme", URL: plain.URL(), Secret: plainSecret})
 	db.addEndpoint(t, endpoint{URL: svix.URL(), Secret: whsec})
 	d := startDaemon(t, db, nil)
+	// The walsender holds the slot a moment before the daemon marks itself
+	// streaming, so /readyz may need a moment.
 	for path, want := range map[string]string{"/healthz": `"status":"ok"`, "/readyz": `"streaming":true`} {
-		resp, err := http.Get("http://" + d.HTTPAddr + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
-			t.Errorf("GET %s: %d %s, want 200 with %s", path, resp.StatusCode, b, want)
-		}
+		var last string
+		eventually(t, 10*time.Second, func() bool {
+			resp, err := http.Get("http://" + d.HTTPAddr + path)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+			return resp.StatusCode == http.StatusOK && strings.Contains(string(b), want)
+		}, func() string { return fmt.Sprintf("GET %s: 200 with %s (last: %s)", path, want, last) })
 	}
 
 	type want struct {

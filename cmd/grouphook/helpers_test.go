@@ -678,16 +678,6 @@ func startDaemon(t testing.TB, db *testDB, extra map[string]string) *runningDaem
 		t.Fatalf("daemon did not start within 30s\n%s", d.Log.String())
 	}
 	db.waitSlotActive(t, 30*time.Second)
-	// The walsender holds the slot a moment before the daemon marks itself
-	// streaming; tests that read /readyz or the streaming gauge need both.
-	eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + d.HTTPAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, func() string { return "/readyz to report streaming" })
 	return d
 }
 
