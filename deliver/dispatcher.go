@@ -488,7 +488,6 @@ func (d *Dispatcher) complete(l *lane, n int) {
 		l.queue[i] = nil
 	}
 	l.queue = l.queue[n:]
-	d.pending -= n
 	switch {
 	case len(l.queue) == 0:
 		l.state = laneIdle
@@ -498,6 +497,14 @@ func (d *Dispatcher) complete(l *lane, n int) {
 	default:
 		d.pushReady(l)
 	}
+	d.mu.Unlock()
+	// The done functions run before the deliveries stop counting as
+	// pending, so Pending() == 0 and Drain mean every one was reported.
+	for _, es := range done {
+		es.finish()
+	}
+	d.mu.Lock()
+	d.pending -= n
 	var idle []chan struct{}
 	if d.pending == 0 {
 		idle, d.idle = d.idle, nil
@@ -505,9 +512,6 @@ func (d *Dispatcher) complete(l *lane, n int) {
 	d.mu.Unlock()
 	for _, ch := range idle {
 		close(ch)
-	}
-	for _, es := range done {
-		es.finish()
 	}
 }
 
