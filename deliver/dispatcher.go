@@ -541,8 +541,14 @@ func (d *Dispatcher) backoff(attempts int) time.Duration {
 	if shift := attempts - 1; shift < 62 && d.cfg.RetryBase <= d.cfg.RetryMax>>shift {
 		delay = d.cfg.RetryBase << shift
 	}
-	if j := d.cfg.RetryJitter; j > 0 {
-		delay = time.Duration(float64(delay) * (1 + j*(2*rand.Float64()-1)))
+	return jitter(delay, d.cfg.RetryJitter)
+}
+
+// jitter varies d by up to ±j (a fraction), so retries of many deliveries
+// that failed together do not arrive together.
+func jitter(d time.Duration, j float64) time.Duration {
+	if j <= 0 {
+		return d
 	}
-	return delay
+	return time.Duration(float64(d) * (1 + j*(2*rand.Float64()-1)))
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -411,10 +410,7 @@ func (q *Queue) nudge() {
 // delay is the wait after a failure that used up step-1 delays of the
 // schedule: Schedule[step] with jitter, or a longer Retry-After (capped).
 func (q *Queue) delay(step int, err error) time.Duration {
-	d := q.cfg.Schedule[min(step, len(q.cfg.Schedule)-1)]
-	if j := q.cfg.Jitter; j > 0 {
-		d = time.Duration(float64(d) * (1 + j*(2*mrand.Float64()-1)))
-	}
+	d := jitter(q.cfg.Schedule[min(step, len(q.cfg.Schedule)-1)], q.cfg.Jitter)
 	var ae *AttemptError
 	if errors.As(err, &ae) && ae.RetryAfter > 0 {
 		d = max(d, min(ae.RetryAfter, q.cfg.RetryAfterMax))
